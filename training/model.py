@@ -1,0 +1,190 @@
+"""The classifiers we train, and loading local weights to fine-tune from.
+
+`smokenet` is our own compact residual network, sized for training from scratch on a few
+hundred photos on a CPU. The torchvision architectures are offered for fine-tuning from
+weights a user downloaded elsewhere (`model.init_weights=PATH`); nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from training.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(config: ModelConfig, num_classes: int = 2) -> nn.Module:
+    """Creates the network named by `config.arch` with freshly initialised weights."""
+    if config.arch == "smokenet":
+        model: nn.Module = SmokeNet(
+            num_classes, config.width, config.depths, config.norm, config.dropout, config.drop_path
+        )
+    elif config.arch == "mobilenet_v3_small":
+        model = torchvision.models.mobilenet_v3_small(
+            num_classes=num_classes, dropout=config.dropout
+        )
+    elif config.arch == "mobilenet_v3_large":
+        model = torchvision.models.mobilenet_v3_large(
+            num_classes=num_classes, dropout=config.dropout
+        )
+    elif config.arch == "efficientnet_b0":
+        model = torchvision.models.efficientnet_b0(num_classes=num_classes, dropout=config.dropout)
+    else:
+        model = torchvision.models.resnet18(num_classes=num_classes)
+    if config.init_weights:
+        load_matching_weights(model, config.init_weights)
+    return model
+
+
+def load_matching_weights(model: nn.Module, path: str | Path) -> None:
+    """Loads every tensor of a local state dict whose name and shape match `model`.
+
+    The classification head of an ImageNet checkpoint has 1000 outputs and is therefore left
+    freshly initialised; what was and was not loaded is logged.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file holds no state dict, or nothing in it matches the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.init_weights={path} does not exist; give a local .pth state dict, e.g. "
+            "torchvision ImageNet weights downloaded elsewhere"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError(
+            f"no tensor in {path} matches the {type(model).__name__} model; check model.arch"
+        )
+    model.load_state_dict(matching, strict=False)
+    replaced = sorted(k for k in own if k not in matching)
+    logger.info(
+        "Loaded %d of %d tensors from %s; %d left freshly initialised (%s)",
+        len(matching),
+        len(own),
+        path,
+        len(replaced),
+        ", ".join(replaced[:6]) + (" ..." if len(replaced) > 6 else ""),
+    )
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(min(32, channels // 4), channels)
+    return nn.BatchNorm2d(channels)
+
+
+class DropPath(nn.Module):
+    """Drops a residual branch for a whole sample with probability `p` while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut; strided when the resolution halves."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, drop: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+            _norm(norm, out_channels),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                _norm(norm, out_channels),
+            )
+        self.drop_path = DropPath(drop)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.shortcut(x) + self.drop_path(self.body(x)))
+
+
+class SmokeNet(nn.Module):
+    """A small ResNet: a two-convolution stem, then stages that halve the resolution and
+    double the width, global average pooling and a linear head.
+
+    Args:
+        width: channels after the stem; stage i has `width * 2**i`.
+        depths: residual blocks per stage.
+        norm: `batch`, or `group` for very small batches.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        width: int = 32,
+        depths: tuple[int, ...] = (1, 1, 2, 1),
+        norm: str = "batch",
+        dropout: float = 0.2,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 2, 1, bias=False),
+            _norm(norm, width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False),
+            _norm(norm, width),
+            nn.ReLU(inplace=True),
+        )
+        blocks = []
+        total = sum(depths)
+        channels = width
+        for stage, depth in enumerate(depths):
+            out_channels = width * 2**stage
+            for i in range(depth):
+                rate = drop_path * len(blocks) / max(1, total - 1)
+                stride = 2 if i == 0 else 1
+                blocks.append(ResidualBlock(channels, out_channels, stride, norm, rate))
+                channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(channels, num_classes),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        # Start each residual branch at zero so that every block begins as the identity.
+        for block in self.blocks:
+            nn.init.zeros_(block.body[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, H, W) normalised -> (N, num_classes) logits
+        return self.head(self.blocks(self.stem(x)))

@@ -33,7 +33,8 @@ class DataConfig:
     `layout` is `auto` (detected), `class_folders` (ROOT/{train,val,test}/{smoking,notsmoking}),
     `kaggle` (Training/Training/smoking_0001.jpg, ...) or `flat` (ROOT/{smoking,notsmoking},
     split by `split_ratios` with the run's seed). `synthetic` makes the loader generate the
-    embedded scenes into `root` first when it is missing.
+    embedded scenes into `root` first when it is missing. Training photos are decoded once and
+    cached with their shorter side at `cache_size` pixels (0: `model.resize_size`).
     """
 
     root: str = "data/synthetic"
@@ -63,7 +64,7 @@ class DataConfig:
 class ModelConfig:
     """The network and the input it sees.
 
-    `cache_size` of the data section, when 0, defaults to `resize_size`. `init_weights` is a
+    `channels_last` trains with NHWC tensors (faster convolutions on CPU). `init_weights` is a
     local file of weights to fine-tune from (a state dict); nothing is ever downloaded.
     """
 
@@ -82,7 +83,7 @@ class ModelConfig:
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    channels_last: bool = False
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _check_range("model.width", self.width, 8, 256)
@@ -154,6 +155,8 @@ class TrainConfig:
     `schedule` is `onecycle`, `cosine` (with `warmup_epochs` of linear warm-up), `step` (times
     0.1 at each of `step_milestones`) or `constant`. `ema_decay` > 0 keeps an exponential moving
     average of the weights, which is then the model that is evaluated and exported.
+    `precision: bf16` trains under bfloat16 autocast, about 1.5x faster on CPUs with AVX-512
+    BF16 or AMX; evaluation and export always run in float32.
     """
 
     epochs: int = 20
@@ -168,6 +171,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     threads: int = 2
     num_workers: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     resume: str | None = None
 

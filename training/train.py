@@ -266,6 +266,8 @@ class Trainer:
             epoch,
             self.config.train.grad_clip,
             self.ema,
+            bf16=self.config.train.precision == "bf16",
+            channels_last=self.config.model.channels_last,
         )
         val = evaluate(self.evaluated, self.dataset.val)
         row = {

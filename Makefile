@@ -76,4 +76,4 @@ bench: setup ## benchmark model, handler, TorchServe and the stock handler; QUIC
 	$(PY) -m scripts.bench $(if $(QUICK),--quick,)
 
 clean: ## remove generated data, runs, reports and archives (keeps .venv)
-	rm -rf data runs reports logs model_store/*.mar wandb
+	rm -rf data runs reports logs model_store/*.mar wandb key_file.json

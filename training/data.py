@@ -324,9 +324,9 @@ def build_train_transform(augment: AugmentConfig, model: ModelConfig) -> v2.Tran
         steps.append(v2.RandAugment())
     elif augment.policy == "autoaugment":
         steps.append(v2.AutoAugment())
-    if augment.color_jitter:
+    if augment.color_jitter or augment.hue:
         strength = augment.color_jitter
-        steps.append(v2.ColorJitter(strength, strength, strength, min(0.5, strength / 4)))
+        steps.append(v2.ColorJitter(strength, strength, strength, augment.hue))
     if augment.grayscale:
         steps.append(v2.RandomGrayscale(augment.grayscale))
     if augment.blur:

@@ -15,6 +15,7 @@ It does not archive or serve the model: `make archive` and `make serve` do that.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import random
 import sys
@@ -253,6 +254,9 @@ class Trainer:
                 logger.info("Early stopping: no improvement for %d epochs", patience)
                 break
         tracking.plot_curves(self.log.rows, self.checkpoints.parent / "curves.png")
+        if self.config.export.checkpoint == "last":
+            logger.info("Keeping the weights of the last epoch, %d", self.state.epoch)
+            return copy.deepcopy(self.evaluated).eval()
         return self.best_model()
 
     def run_epoch(self, epoch: int) -> dict[str, float]:

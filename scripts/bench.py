@@ -71,6 +71,7 @@ from handler.torchscript import load_torchscript
 from loadtest import load_photos, new_report_dir, point_latest
 from scripts.archive import MODEL_CONFIG, ArchiveError, build_archive, find_export
 from scripts.server import (
+    SERVER_FILES,
     Server,
     ServerError,
     describe,
@@ -85,7 +86,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOCK_HANDLER = REPO_ROOT / "scripts" / "bench_stock_handler.py"
-SERVER_FILES = ("config.properties", "metrics.yaml")
 CASES = ("model", "in_process", "served", "stock", "half_peak")
 BATCH_SIZES = (1, 2, 4, 8, 16)
 PHOTOS = 64
@@ -471,11 +471,12 @@ def build_stock_archive(export_dir: Path, out_dir: Path, name: str = "stock") ->
 
 
 def stock_config_properties(model_name: str) -> str:
-    """Our config.properties without the worker count, so TorchServe's default applies."""
+    """Our config.properties without the worker count and the logging configuration, so that
+    TorchServe's defaults apply to both."""
     lines = []
     for line in (REPO_ROOT / "config.properties").read_text(encoding="utf-8").splitlines():
         key = line.split("=", 1)[0].strip()
-        if key == "default_workers_per_model":
+        if key in ("default_workers_per_model", "vmargs"):
             continue
         lines.append(f"load_models={model_name}.mar" if key == "load_models" else line)
     return "\n".join(lines) + "\n"

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = "config.properties"
+# What TorchServe reads from its working directory besides the model store.
+SERVER_FILES = (CONFIG_FILE, "metrics.yaml", "log4j2.xml")
 KEY_FILE = "key_file.json"
 PID_FILE = ".model_server.pid"
 JVM_MAIN_CLASS = "org.pytorch.serve.ModelServer"

@@ -65,9 +65,11 @@ class ModelConfig:
     """The network and the input it sees.
 
     `pool` is SmokeNet's global pooling: `max` (or `avgmax`) finds small objects such as a
-    cigarette much sooner than `avg`. `channels_last` trains with NHWC tensors (faster
-    convolutions on CPU). `init_weights` is a
-    local file of weights to fine-tune from (a state dict); nothing is ever downloaded.
+    cigarette much sooner than `avg`. `stem_stride` 1 keeps SmokeNet's stem at full resolution;
+    `downsample: max` halves the resolution of its stages by max pooling instead of strided
+    convolutions (both keep thin structures). `channels_last` trains with NHWC tensors (faster
+    convolutions on CPU). `init_weights` is a local file of weights to fine-tune from (a state
+    dict); nothing is ever downloaded.
     """
 
     arch: Literal[
@@ -78,6 +80,7 @@ class ModelConfig:
     norm: Literal["batch", "group"] = "batch"
     pool: Literal["avg", "max", "avgmax"] = "avg"
     stem_stride: Literal[1, 2] = 2
+    downsample: Literal["stride", "max"] = "stride"
     dropout: float = 0.2
     drop_path: float = 0.0
     init_weights: str | None = None

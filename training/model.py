@@ -31,6 +31,7 @@ def build_model(config: ModelConfig, num_classes: int = 2) -> nn.Module:
             config.drop_path,
             config.pool,
             config.stem_stride,
+            config.downsample,
         )
     elif config.arch == "mobilenet_v3_small":
         model = torchvision.models.mobilenet_v3_small(
@@ -109,10 +110,28 @@ class DropPath(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with a shortcut; strided when the resolution halves."""
+    """Two 3x3 convolutions with a shortcut; halves the resolution when `stride` is 2.
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, drop: float):
+    `downsample` says how the resolution halves: `stride` lets the first convolution and the
+    shortcut skip every other pixel; `max` max-pools the input first, so that a thin bright
+    structure (a cigarette is a few pixels wide) survives into the smaller feature map, at the
+    same cost.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm: str,
+        drop: float,
+        downsample: str = "stride",
+    ):
         super().__init__()
+        self.pool: nn.Module = nn.Identity()
+        if stride > 1 and downsample == "max":
+            self.pool = nn.MaxPool2d(stride, ceil_mode=True)
+            stride = 1
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
             _norm(norm, out_channels),
@@ -133,6 +152,7 @@ class ResidualBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
         return self.act(self.shortcut(x) + self.drop_path(self.body(x)))
 
 
@@ -167,6 +187,8 @@ class SmokeNet(nn.Module):
         stem_stride: 2 halves the resolution in the first convolution; 1 keeps full resolution
             there, which preserves thin structures (a cigarette is a few pixels wide) at about
             four times the stem's cost.
+        downsample: `stride` or `max`, how each stage halves the resolution (see
+            `ResidualBlock`).
     """
 
     def __init__(
@@ -179,6 +201,7 @@ class SmokeNet(nn.Module):
         drop_path: float = 0.0,
         pool: str = "avg",
         stem_stride: int = 2,
+        downsample: str = "stride",
     ):
         super().__init__()
         self.stem = nn.Sequential(
@@ -197,7 +220,7 @@ class SmokeNet(nn.Module):
             for i in range(depth):
                 rate = drop_path * len(blocks) / max(1, total - 1)
                 stride = 2 if i == 0 else 1
-                blocks.append(ResidualBlock(channels, out_channels, stride, norm, rate))
+                blocks.append(ResidualBlock(channels, out_channels, stride, norm, rate, downsample))
                 channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         features = 2 * channels if pool == "avgmax" else channels

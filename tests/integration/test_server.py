@@ -1,8 +1,9 @@
 """Integration tests against a real TorchServe, started once for this module.
 
-The server runs from a temporary working directory holding copies of config.properties and
-metrics.yaml and a model store with smoke.mar built from `fixed_export`. Its model config
-batches (up to 4 requests, 200 ms delay) so that concurrent requests meet in one batch. It
+The server runs from a temporary working directory holding copies of the files TorchServe
+reads (config.properties, metrics.yaml, log4j2.xml) and a model store with smoke.mar built from
+`fixed_export`. Its model config batches (up to 4 requests, 200 ms delay) so that concurrent
+requests meet in one batch. It
 listens on free ports and keeps its pid file, sockets and unpacked archive in its own TMPDIR,
 so it collides with no other TorchServe on the machine, and it is always stopped afterwards.
 """
@@ -35,6 +36,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from handler.smoke_handler import SmokeHandler
 from scripts.archive import build_archive
 from scripts.server import (
+    SERVER_FILES,
     Server,
     ServerError,
     check_startable,
@@ -89,7 +91,7 @@ def server(fixed_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     workdir, tmp_dir = root / "work", root / "tmp"
     workdir.mkdir()
     tmp_dir.mkdir()
-    for name in ("config.properties", "metrics.yaml"):
+    for name in SERVER_FILES:
         shutil.copy(REPO_ROOT / name, workdir / name)
     with open(REPO_ROOT / "handler" / "model_config.yaml", encoding="utf-8") as f:
         model_config = yaml.safe_load(f)

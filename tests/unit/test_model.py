@@ -33,6 +33,34 @@ def test_smokenet_widths_depths_and_norms(norm: str) -> None:
     assert max(widths) == 8 * 2**2
 
 
+@pytest.mark.parametrize(
+    ("pool", "stem_stride", "downsample", "size"),
+    [("max", 1, "max", 96), ("avgmax", 2, "stride", 112), ("avg", 1, "max", 75)],
+)
+def test_smokenet_pooling_stem_and_downsampling_variants_accept_odd_sizes(
+    pool: str, stem_stride: int, downsample: str, size: int
+) -> None:
+    config = ModelConfig(
+        width=8,
+        pool=pool,
+        stem_stride=stem_stride,
+        downsample=downsample,
+        input_size=size,
+        resize_size=size,
+    )
+    model = build_model(config).eval()
+    with torch.inference_mode():
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 2)
+
+
+def test_max_downsampling_keeps_a_one_pixel_line_that_striding_skips() -> None:
+    line = torch.zeros(1, 8, 16, 16)
+    line[:, :, :, 5] = 1.0  # a vertical line on an odd column
+    pooled = build_model(ModelConfig(width=8, downsample="max")).blocks[0].pool(line)
+    assert pooled.amax() == 1.0
+    assert line[:, :, ::2, ::2].amax() == 0.0
+
+
 def test_smokenet_starts_every_residual_block_as_the_identity_branch() -> None:
     model = build_model(ModelConfig(width=8, input_size=48, resize_size=48))
     assert all(not block.body[-1].weight.detach().any() for block in model.blocks)

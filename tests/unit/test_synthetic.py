@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.colour_baseline import histogram_accuracy
 from training import synthetic
 from training.synthetic import CLASS_DIRS, SPLITS, generate_dataset, render_scene
 
@@ -165,39 +166,18 @@ def test_command_line_rejects_a_bad_size_with_a_usage_error(
     assert "use 32 to 512 pixels" in capsys.readouterr().err
 
 
-def colour_histograms(
-    split_id: int, per_class: int, size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised 8x8x8 joint RGB histograms of generated scenes, and their labels."""
-    features, labels = [], []
+def generated_scenes(split_id: int, per_class: int, size: int = 64):
+    """Scenes drawn straight from the generator, with their labels (0 not smoking, 1 smoking)."""
     for label in (0, 1):
         for index in range(per_class):
             rng = np.random.default_rng([0, split_id, label, index])
-            pixels = np.asarray(render_scene(rng, bool(label), size)).reshape(-1, 3) // 32
-            codes = pixels[:, 0].astype(np.int64) * 64 + pixels[:, 1] * 8 + pixels[:, 2]
-            features.append(np.bincount(codes, minlength=512) / len(codes))
-            labels.append(label)
-    return np.sqrt(np.array(features)), np.array(labels)
-
-
-def fit_logistic_regression(x: np.ndarray, y: np.ndarray, steps: int = 2000) -> np.ndarray:
-    """Weights (bias last) of an L2-regularised logistic regression fitted by gradient descent."""
-    x = np.hstack([x, np.ones((len(x), 1))])
-    w = np.zeros(x.shape[1])
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-x @ w))
-        w -= 0.5 * (x.T @ (p - y) / len(y) + 1e-3 * w)
-    return w
+            yield render_scene(rng, bool(label), size), label
 
 
 def test_colour_alone_does_not_tell_the_classes_apart() -> None:
-    x_train, y_train = colour_histograms(split_id=0, per_class=200)
-    x_test, y_test = colour_histograms(split_id=2, per_class=100)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    w = fit_logistic_regression((x_train - mean) / std, y_train)
+    accuracy = histogram_accuracy(
+        generated_scenes(split_id=0, per_class=200), generated_scenes(split_id=2, per_class=100)
+    )
 
-    scores = np.hstack([(x_test - mean) / std, np.ones((len(x_test), 1))]) @ w
-    accuracy = float(((scores > 0) == y_test).mean())
-
-    # A small CNN reaches well above 90 % on these scenes; colour alone must stay far below.
+    # The demo's CNN is checked against this same baseline on the files it trained on.
     assert accuracy <= 0.80, f"a colour histogram alone classifies {accuracy:.0%} correctly"

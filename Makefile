@@ -14,7 +14,7 @@ IMG ?=
 QUICK ?=
 
 .PHONY: help setup java data train train-real archive serve stop predict demo test test-fast \
-	lint format loadtest bench clean
+	lint format loadtest bench clean check-served
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ train-real: setup ## train the real-photo recipe: make train-real DATA=path/to/p
 
 archive: setup ## build model_store/smoke.mar from a run (RUN=runs/<run>, default runs/latest)
 	$(PY) -m scripts.archive --run $(RUN)
+
+check-served: setup ## check that TorchServe answers every evaluated photo like the run did (RUN=)
+	$(PY) -m scripts.check_served --run $(RUN)
 
 serve: setup ## start TorchServe in the background and wait until the model is ready
 	$(PY) -m scripts.server start

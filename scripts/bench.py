@@ -41,15 +41,13 @@ import os
 import platform
 import queue
 import resource
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,15 +69,12 @@ from handler.torchscript import load_torchscript
 from loadtest import load_photos, new_report_dir, point_latest
 from scripts.archive import MODEL_CONFIG, ArchiveError, build_archive, find_export
 from scripts.server import (
-    SERVER_FILES,
     Server,
     ServerError,
     describe,
-    local_server,
     read_keys,
     read_server_pid,
-    start,
-    stop,
+    serve_archive,
 )
 
 logger = logging.getLogger(__name__)
@@ -405,38 +400,6 @@ def check_in_process_answers(answers: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- serving
-
-
-@contextlib.contextmanager
-def serve_archive(
-    archive: Path, root: Path, config_properties: str | None = None
-) -> Iterator[Server]:
-    """Runs TorchServe on `archive` from `root/work` on free ports; always stops it.
-
-    Args:
-        archive: the .mar file; its stem is the model name.
-        root: an empty scratch folder for the working directory and TMPDIR.
-        config_properties: the server configuration; None copies ours.
-    """
-    workdir, tmp_dir = root / "work", root / "tmp"
-    (workdir / "model_store").mkdir(parents=True)
-    tmp_dir.mkdir()
-    for name in SERVER_FILES:
-        shutil.copy(REPO_ROOT / name, workdir / name)
-    if config_properties is not None:
-        (workdir / "config.properties").write_text(config_properties, encoding="utf-8")
-    shutil.copy(archive, workdir / "model_store" / archive.name)
-    server = local_server(workdir, tmp_dir, model_name=archive.stem)
-    try:
-        start(server, timeout=240)
-        yield server
-    finally:
-        pid = read_server_pid(server)
-        try:
-            stop(server)
-        finally:
-            if pid is not None and read_server_pid(server) == pid:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 def build_stock_archive(export_dir: Path, out_dir: Path, name: str = "stock") -> Path:

@@ -20,15 +20,18 @@ does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +153,42 @@ def local_server(workdir: Path, tmp_dir: Path, model_name: str = "smoke") -> Ser
         model_name=model_name,
         tmp_dir=tmp_dir,
     )
+
+
+@contextlib.contextmanager
+def serve_archive(
+    archive: Path, root: Path, config_properties: str | None = None, timeout: float = 240.0
+) -> Iterator[Server]:
+    """Runs TorchServe on `archive` from `root/work` on free ports; always stops it.
+
+    For benchmarks and checks that need a server of their own beside any other on the machine.
+
+    Args:
+        archive: the .mar file; its stem is the model name.
+        root: an empty scratch folder for the working directory and TMPDIR.
+        config_properties: the server configuration; None copies ours.
+        timeout: seconds to wait for the model to be READY.
+    """
+    workdir, tmp_dir = root / "work", root / "tmp"
+    (workdir / "model_store").mkdir(parents=True)
+    tmp_dir.mkdir()
+    for name in SERVER_FILES:
+        shutil.copy(REPO_ROOT / name, workdir / name)
+    if config_properties is not None:
+        (workdir / "config.properties").write_text(config_properties, encoding="utf-8")
+    shutil.copy(archive, workdir / "model_store" / archive.name)
+    server = local_server(workdir, tmp_dir, model_name=archive.stem)
+    try:
+        start(server, timeout=timeout)
+        yield server
+    finally:
+        pid = read_server_pid(server)
+        try:
+            stop(server)
+        finally:
+            # A server that would not stop must not outlive its scratch folder.
+            if pid is not None and read_server_pid(server) == pid:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 def pick_free_ports(count: int) -> list[int]:
@@ -437,7 +476,12 @@ def tail_logs(server: Server, lines: int = 40) -> str:
 
 
 def report_status(server: Server) -> tuple[bool, dict[str, Any]]:
-    """Whether /ping is Healthy, with the ping answer and the workers' states."""
+    """Whether the server can answer: /ping Healthy and a worker READY, with what they said.
+
+    /ping turns Healthy as soon as the frontend is up, seconds before the worker has loaded the
+    model, so a health check that trusted it alone would send traffic to a server that makes it
+    wait.
+    """
     try:
         answer: dict[str, Any] = {"ping": ping(server)}
         answer["workers"] = [
@@ -446,7 +490,8 @@ def report_status(server: Server) -> tuple[bool, dict[str, Any]]:
         ]
     except (ServerError, requests.RequestException, ValueError) as error:
         return False, {"error": str(error)}
-    return answer["ping"].get("status") == "Healthy", answer
+    ready = any(worker["status"] == "READY" for worker in answer["workers"])
+    return answer["ping"].get("status") == "Healthy" and ready, answer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -42,15 +42,20 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A scheduler stepped once per batch."""
+    """A scheduler stepped once per batch.
+
+    A one-cycle schedule too short to rise and fall (under 3 steps) keeps the rate constant.
+    """
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "onecycle":
+    if config.schedule == "onecycle" and total >= 3:
+        # OneCycleLR divides by the length of its rising and falling phases, so each needs at
+        # least one step: a warm-up of 2 to total - 1 steps (a short run on few photos).
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,
             total_steps=total,
-            pct_start=max(warmup, 1) / total,
+            pct_start=min(max(warmup, 2), total - 1) / total,
             anneal_strategy="cos",
         )
     milestones = [m * steps_per_epoch for m in config.step_milestones]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import logging
 import random
 import sys
@@ -418,6 +419,7 @@ def run(config: Config) -> Path:
     model = trainer.fit(tracker)
     served, calibrated = calibrate(model, config, dataset.val)
     metrics, probabilities = final_metrics(served, dataset, calibrated)
+    write_predictions(run_dir / "predictions.csv", dataset, probabilities)
     plot_confusion(run_dir, dataset, probabilities, calibrated.threshold)
     export_dir = export(run_dir, config, dataset, served, calibrated, metrics)
     if config.model_card:
@@ -457,6 +459,24 @@ def record_run(run_dir: Path, config: Config, dataset: Dataset) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     data.write_manifest(dataset.manifest, run_dir / "manifest.csv")
     tracking.write_json(run_dir / "environment.json", tracking.environment_record(config.seed))
+
+
+def write_predictions(path: Path, dataset: Dataset, probabilities: dict[str, torch.Tensor]) -> None:
+    """Writes the served model's smoking probability for every val and test photo.
+
+    `python -m scripts.check_served` compares TorchServe's answers for the same files with these.
+    """
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "file", "label", "smoking_probability"])
+        for split in (dataset.val, dataset.test):
+            if split is None:
+                continue
+            smoking = probabilities[split.name][:, 1].tolist()
+            for sample, probability in zip(split.samples, smoking, strict=True):
+                writer.writerow(
+                    [split.name, sample.path.resolve(), sample.label, f"{probability:.8f}"]
+                )
 
 
 def plot_confusion(

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from scripts.archive import build_archive
-from scripts.bench import serve_archive
-from scripts.server import KEY_FILE, Server
+from scripts.server import KEY_FILE, Server, serve_archive
 from tests.conftest import REPO_ROOT
 
 PROFILES = (

@@ -15,6 +15,7 @@ from handler.preprocessing import PreprocessSpec
 from handler.torchscript import load_torchscript
 from tests.conftest import encode_photo
 from training import train
+from training.engine import build_lr_scheduler
 from training.export import ExportError, InferenceModel, check_parity
 from training.synthetic import generate_dataset
 
@@ -194,3 +195,17 @@ def test_cli_prints_the_run_and_its_accuracy(
     assert code == 0
     line = capsys.readouterr().out.strip()
     assert "val_accuracy" in line and "test_accuracy" in line and "model.pt" in line
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch"), [(1, 1), (1, 2), (2, 2), (1, 3), (3, 50)])
+def test_one_cycle_schedule_runs_for_any_number_of_steps(epochs: int, steps_per_epoch: int) -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=0.01)
+    config = train.load_config("tiny", [f"train.epochs={epochs}", "train.warmup_epochs=0.5"]).train
+    scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch)
+    rates = []
+    for _ in range(epochs * steps_per_epoch):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(0 < rate <= 0.01 for rate in rates)

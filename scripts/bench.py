@@ -897,7 +897,7 @@ def bench_stock(config: BenchConfig, photos: list[bytes], scratch: Path) -> dict
     spec = PreprocessSpec.load(config.export_dir / "preprocess.json")
     archive = build_stock_archive(config.export_dir, scratch / "archives")
     properties = stock_config_properties(archive.stem)
-    with serve_archive(archive, scratch / "stock", properties) as server:
+    with serve_archive(archive, scratch / "stock", properties, our_logging=False) as server:
         return bench_levels(server, photos, stock_answer_check(spec.class_names), config, "stock")
 
 

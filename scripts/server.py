@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = "config.properties"
 # What TorchServe reads from its working directory besides the model store.
-SERVER_FILES = (CONFIG_FILE, "metrics.yaml", "log4j2.xml")
+LOG_CONFIG = "log4j2.xml"
+SERVER_FILES = (CONFIG_FILE, "metrics.yaml", LOG_CONFIG)
 KEY_FILE = "key_file.json"
 PID_FILE = ".model_server.pid"
 JVM_MAIN_CLASS = "org.pytorch.serve.ModelServer"
@@ -157,7 +158,11 @@ def local_server(workdir: Path, tmp_dir: Path, model_name: str = "smoke") -> Ser
 
 @contextlib.contextmanager
 def serve_archive(
-    archive: Path, root: Path, config_properties: str | None = None, timeout: float = 240.0
+    archive: Path,
+    root: Path,
+    config_properties: str | None = None,
+    timeout: float = 240.0,
+    our_logging: bool = True,
 ) -> Iterator[Server]:
     """Runs TorchServe on `archive` from `root/work` on free ports; always stops it.
 
@@ -168,12 +173,16 @@ def serve_archive(
         root: an empty scratch folder for the working directory and TMPDIR.
         config_properties: the server configuration; None copies ours.
         timeout: seconds to wait for the model to be READY.
+        our_logging: False leaves out log4j2.xml, so that TorchServe logs as it ships. The file
+            must then be absent, not only unnamed: the JVM's class path starts with the working
+            directory, where log4j finds a log4j2.xml by itself.
     """
     workdir, tmp_dir = root / "work", root / "tmp"
     (workdir / "model_store").mkdir(parents=True)
     tmp_dir.mkdir()
     for name in SERVER_FILES:
-        shutil.copy(REPO_ROOT / name, workdir / name)
+        if our_logging or name != LOG_CONFIG:
+            shutil.copy(REPO_ROOT / name, workdir / name)
     if config_properties is not None:
         (workdir / "config.properties").write_text(config_properties, encoding="utf-8")
     shutil.copy(archive, workdir / "model_store" / archive.name)

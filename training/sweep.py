@@ -11,6 +11,7 @@ run's summary and the aggregate, and prints one line per metric.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import logging
 import statistics
@@ -23,7 +24,15 @@ from training.config import ConfigError, load_config
 
 logger = logging.getLogger("training.sweep")
 
-REPORTED = ("val_accuracy", "val_f1", "test_accuracy", "val_ece_before", "val_ece_after", "seconds")
+REPORTED = (
+    "val_accuracy",
+    "last_val_accuracy",
+    "val_f1",
+    "test_accuracy",
+    "val_ece_before",
+    "val_ece_after",
+    "seconds",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -31,9 +40,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m training.sweep", description="Train one recipe with several seeds."
     )
     parser.add_argument("--config", required=True, help="YAML file or bundled config name")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="SEED")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # `--seeds 0 1 2 data.root=DIR` is how people write it: argparse hands the overrides that
+    # follow the seeds to --seeds, so they are moved back here.
+    args.overrides = [*args.overrides, *(token for token in args.seeds if "=" in token)]
+    seeds = [token for token in args.seeds if "=" not in token]
+    if not seeds or not all(token.isdigit() for token in seeds) or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds must be distinct non-negative integers, got {seeds}")
+    args.seeds = [int(token) for token in seeds]
+    return args
+
+
+def last_epoch_accuracy(run_dir: Path) -> float:
+    """Validation accuracy of the final epoch (threshold 0.5): no choice made on val."""
+    with open(run_dir / "metrics.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["val_accuracy"])
 
 
 def aggregate(summaries: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -54,17 +78,14 @@ def aggregate(summaries: Sequence[dict[str, float]]) -> dict[str, dict[str, floa
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     train.configure_logging("INFO")
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        logger.error("--seeds must be distinct non-negative integers, got %s", args.seeds)
-        return 2
     runs = []
     try:
         for seed in args.seeds:
             config = load_config(args.config, [*args.overrides, f"seed={seed}"])
             run_dir = train.run(config)
-            runs.append(
-                {"seed": seed, "run": str(run_dir)} | tracking.read_json(run_dir / "summary.json")
-            )
+            summary = tracking.read_json(run_dir / "summary.json")
+            summary["last_val_accuracy"] = last_epoch_accuracy(run_dir)
+            runs.append({"seed": seed, "run": str(run_dir)} | summary)
     except (ConfigError, train.data.DataError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2

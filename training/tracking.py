@@ -61,6 +61,8 @@ def environment_record(seed: int) -> dict[str, Any]:
         "torchvision": _version("torchvision"),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
@@ -68,6 +70,20 @@ def environment_record(seed: int) -> dict[str, Any]:
         "command": sys.argv,
         "utc_time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _cpu_model() -> str | None:
+    """The processor's name: the same seed gives the same metrics on the same kind of CPU, while
+    another CPU (other oneDNN kernels, another bf16 path) drifts in the last digits and then
+    trains to a different result."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _version(package: str) -> str | None:

@@ -327,7 +327,9 @@ class Trainer:
         temporary.replace(path)
 
     def best_model(self) -> nn.Module:
-        model = build_model(replace(self.config.model, init_weights=None), len(CLASS_NAMES))
+        model = build_model(
+            replace(self.config.model, init_weights=None, pretrained=False), len(CLASS_NAMES)
+        )
         best = torch.load(self.checkpoints / "best.pt", weights_only=True)
         model.load_state_dict(best["model"])
         logger.info(
@@ -352,7 +354,8 @@ def calibrate(
     model: nn.Module, config: Config, val: data.Split
 ) -> tuple[InferenceModel, Calibration]:
     """Folds a validation-fitted temperature into the model and picks the decision threshold."""
-    served = InferenceModel(model, 1.0, config.export.tta_hflip).eval()
+    layout = config.model.channels_last
+    served = InferenceModel(model, 1.0, config.export.tta_hflip, layout).eval()
     logits = predict_logits(served, val.images)
     temperature = 1.0
     if config.export.calibrate:
@@ -376,7 +379,7 @@ def calibrate(
         result.ece_after,
         result.threshold,
     )
-    served = InferenceModel(model, temperature, config.export.tta_hflip).eval()
+    served = InferenceModel(model, temperature, config.export.tta_hflip, layout).eval()
     return served, result
 
 

@@ -10,7 +10,7 @@ import pytest
 from training.config import CONFIG_DIR, Config, ConfigError, config_from_dict, load_config
 
 
-@pytest.mark.parametrize("name", ["default", "real", "tiny"])
+@pytest.mark.parametrize("name", ["default", "real", "scratch", "tiny"])
 def test_bundled_configs_load_and_validate(name: str) -> None:
     config = load_config(name)
     assert isinstance(config, Config)
@@ -59,6 +59,7 @@ def test_round_trip_through_plain_dict() -> None:
         ("epochs", "must look like key.sub=value"),
         ("train=3", "train must be a mapping of keys"),
         ("name=has space", "name='has space' must be letters"),
+        ("model.pretrained=true", "model.pretrained=true needs model.arch=efficientnet_lite0"),
     ],
 )
 def test_invalid_settings_say_what_is_valid(override: str, expected: str) -> None:
@@ -68,7 +69,9 @@ def test_invalid_settings_say_what_is_valid(override: str, expected: str) -> Non
 
 
 def test_missing_config_file_lists_the_bundled_ones(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"bundled configs: \['default', 'real', 'tiny'\]"):
+    with pytest.raises(
+        ConfigError, match=r"bundled configs: \['default', 'real', 'scratch', 'tiny'\]"
+    ):
         load_config(tmp_path / "nope.yaml")
 
 

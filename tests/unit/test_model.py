@@ -8,11 +8,21 @@ import pytest
 import torch
 import torchvision
 
+from handler.preprocessing import PreprocessSpec, build_eval_transform, decode_image
 from handler.torchscript import load_torchscript, quiet_torchscript
 from training.config import ModelConfig
+from training.efficientnet_lite import SamePadConv2d, packaged_state_dict
+from training.export import InferenceModel
 from training.model import build_model, load_matching_weights
 
-ARCHS = ["smokenet", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "efficientnet_b0"]
+ARCHS = [
+    "smokenet",
+    "efficientnet_lite0",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "efficientnet_b0",
+]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -92,3 +102,95 @@ def test_torchscript_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
         torch.jit.save(torch.jit.freeze(torch.jit.script(model)), str(tmp_path / "m.pt"))
     with torch.inference_mode():
         assert torch.allclose(load_torchscript(tmp_path / "m.pt")(batch), model(batch), atol=1e-5)
+
+
+def test_packaged_imagenet_weights_fill_every_tensor_of_efficientnet_lite0_but_the_head() -> None:
+    packaged = packaged_state_dict()
+    model = build_model(ModelConfig(arch="efficientnet_lite0", pretrained=True, input_size=64))
+    own = model.state_dict()
+    assert set(packaged) == set(own), "every packaged tensor must find its place in our module"
+    loaded = [key for key in own if not key.startswith("classifier.")]
+    assert all(torch.equal(own[key], packaged[key]) for key in loaded)
+    assert packaged["classifier.weight"].shape == (1000, 1280)
+    assert own["classifier.weight"].shape == (2, 1280)
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride"), [(160, 3, 2), (161, 5, 2), (20, 5, 1)])
+def test_same_padding_pads_like_tensorflow(size: int, kernel: int, stride: int) -> None:
+    """TensorFlow's SAME output is ceil(size / stride), the extra pad going bottom and right."""
+    conv = SamePadConv2d(1, 1, kernel, stride)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        image = torch.ones(1, 1, size, size)
+        out = conv(image)
+    expected = -(-size // stride)
+    assert out.shape[-2:] == (expected, expected)
+    total = max((expected - 1) * stride + kernel - size, 0)
+    # The top-left output sees `total // 2` padded rows and columns, never more.
+    assert out[0, 0, 0, 0] == (kernel - total // 2) ** 2
+
+
+def test_channels_last_inside_the_served_model_changes_no_answer() -> None:
+    model = build_model(ModelConfig(arch="efficientnet_lite0", input_size=64)).eval()
+    batch = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        nchw = InferenceModel(model, 1.5, channels_last=False)(batch)
+        nhwc = InferenceModel(model, 1.5, channels_last=True)(batch)
+    assert torch.allclose(nchw, nhwc, atol=1e-5)
+
+
+def _pooled_features(
+    model: torch.nn.Module, paths: list[Path], spec: PreprocessSpec
+) -> torch.Tensor:
+    transform = build_eval_transform(spec)
+    batch = torch.stack([transform(decode_image(path.read_bytes())) for path in paths])
+    with torch.inference_mode():
+        return model.features(batch)
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_packaged_imagenet_features_alone_tell_smoking_photos_apart(real_data_root: Path) -> None:
+    """A linear probe on the frozen packaged features, against the same probe on random weights.
+
+    This is what makes the real-photo recipe work without a download: if the weights, the
+    TensorFlow padding or the normalisation were wrong, the frozen features would carry little
+    more than random ones do.
+    """
+    spec = PreprocessSpec(input_size=160, resize_size=176, mean=(0.5,) * 3, std=(0.5,) * 3)
+    splits = {
+        name: sorted((real_data_root / name).glob("*/*.jpg"))[::2] for name in ("train", "val")
+    }
+    labels = {
+        name: torch.tensor([int(path.parent.name == "smoking") for path in paths])
+        for name, paths in splits.items()
+    }
+    accuracy = {}
+    for pretrained in (True, False):
+        torch.manual_seed(0)
+        config = ModelConfig(
+            arch="efficientnet_lite0", pretrained=pretrained, input_size=160, resize_size=176
+        )
+        model = build_model(config).eval()
+        train_x, val_x = (_pooled_features(model, splits[n], spec) for n in ("train", "val"))
+        mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+        probe = _fit_linear_probe((train_x - mean) / std, labels["train"])
+        predicted = probe((val_x - mean) / std).argmax(1)
+        accuracy[pretrained] = float((predicted == labels["val"]).float().mean())
+    assert accuracy[True] >= 0.85, accuracy
+    assert accuracy[True] >= accuracy[False] + 0.15, accuracy
+
+
+def _fit_linear_probe(features: torch.Tensor, labels: torch.Tensor) -> torch.nn.Linear:
+    probe = torch.nn.Linear(features.shape[1], 2)
+    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(probe(features), labels)
+        loss = loss + 1e-3 * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return probe

@@ -9,7 +9,9 @@ One command, one model, one set of photos, one case after another on the same ma
 2. in_process: `SmokeHandler.handle` in this process (decode, preprocess, forward, answer), one
    photo at a time and in batches of 1 to 16 photos; measured again right after case 3, since
    the same code on the same cores runs up to a third faster or slower from one minute to the
-   next here, and the ratios to case 3 use the mean of the two.
+   next here, and the ratios to case 3 use the mean of the two. When the model config asks for
+   several workers, as many handler processes also run at once, at the best batch size, before
+   and after case 3: that, not one process, is the throughput the server is compared with.
 3. served: TorchServe with our handler and model config, closed loop at concurrency 1 to 32.
 4. stock: TorchServe's stock image classifier (scripts/bench_stock_handler.py) on the same
    TorchScript file, without our model config, at the same concurrencies.
@@ -39,6 +41,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import queue
@@ -187,7 +190,7 @@ def describe_settings(
 ) -> dict:
     """The model, threads, server settings, machine and versions the figures belong to."""
     spec = PreprocessSpec.load(config.export_dir / "preprocess.json")
-    model_config = yaml.safe_load(MODEL_CONFIG.read_text(encoding="utf-8"))
+    model_config = read_model_config()
     return {
         "model": {
             "export_dir": str(config.export_dir),
@@ -338,7 +341,7 @@ def start_in_process_handler(export_dir: Path) -> tuple[SmokeHandler, Context]:
     metrics = MetricsCacheYamlImpl(config_file_path=str(REPO_ROOT / "metrics.yaml"))
     metrics.initialize_cache()
     metrics.model_name = "smoke"
-    model_config = yaml.safe_load(MODEL_CONFIG.read_text(encoding="utf-8"))
+    model_config = read_model_config()
     manifest = {"model": {"modelName": "smoke", "serializedFile": "model.pt"}}
     context = Context(
         "smoke", str(export_dir), manifest, 16, None, "0.12.0", True, metrics, model_config
@@ -393,6 +396,73 @@ def bench_in_process(config: BenchConfig, photos: list[bytes]) -> dict:
         "batches": rows,
         "best_images_per_s": max(row["images_per_s"] for row in rows),
     }
+
+
+def bench_in_process_parallel(
+    config: BenchConfig, photos: list[bytes], processes: int, batch_size: int
+) -> float:
+    """Images per second of `processes` handler processes running batches at the same time.
+
+    It is what the machine can do without TorchServe when the server runs that many workers:
+    each process is a fresh interpreter (spawned, so that no thread of this one is copied), sets
+    the handler's threads, warms up, and then all of them handle batches for the same seconds.
+    """
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    args = (config.export_dir, photos, batch_size, config.handler_seconds * 2, start, results)
+    children = [context.Process(target=_handle_batches_after, args=args) for _ in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        counts = [results.get(timeout=180) for _ in children]
+    except queue.Empty as error:
+        raise BenchError(
+            "a handler process of the parallel in-process case did not answer"
+        ) from error
+    finally:
+        for child in children:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+    return round(sum(images / seconds for images, seconds in counts), 1)
+
+
+def _handle_batches_after(
+    export_dir: Path,
+    photos: list[bytes],
+    batch_size: int,
+    seconds: float,
+    start: Any,
+    results: Any,
+) -> None:
+    """One process of `bench_in_process_parallel`; puts (images handled, seconds taken)."""
+    logging.getLogger("ts.metrics").setLevel(logging.WARNING)
+    set_handler_threads()
+    handler, context = start_in_process_handler(export_dir)
+    batch = [photos[i % len(photos)] for i in range(batch_size)]
+    time_calls(lambda: handle_batch(handler, context, batch), seconds=0.5)
+    start.wait(timeout=120)
+    durations = time_calls(lambda: handle_batch(handler, context, batch), seconds)
+    handler.decode_pool.shutdown()
+    results.put((batch_size * len(durations), sum(durations)))
+
+
+def add_parallel(in_process: dict, processes: int, first: float, repeat: float) -> None:
+    """Records the several-process throughput and makes it the figure the ratios use."""
+    best = max(in_process["batches"], key=lambda row: row["images_per_s"])
+    in_process["parallel"] = {
+        "processes": processes,
+        "batch_size": best["batch_size"],
+        "images_per_s": first,
+        "repeat_images_per_s": repeat,
+        "mean_images_per_s": round((first + repeat) / 2, 1),
+    }
+
+
+def in_process_throughput(in_process: dict) -> float:
+    """The in-process throughput the served one is compared with: as many processes as workers."""
+    parallel = in_process.get("parallel")
+    return parallel["mean_images_per_s"] if parallel else in_process["mean_best_images_per_s"]
 
 
 def add_repeat(first: dict, repeat: dict) -> None:
@@ -933,7 +1003,7 @@ def compute_ratios(cases: dict) -> dict[str, float | None]:
 
     return {
         "served_vs_in_process": divide(
-            served["best_throughput_per_s"], in_process["mean_best_images_per_s"]
+            served["best_throughput_per_s"], in_process_throughput(in_process)
         ),
         "served_vs_stock": divide(
             served["best_throughput_per_s"], cases["stock"]["best_throughput_per_s"]
@@ -1225,6 +1295,7 @@ def write_report(report_dir: Path, results: dict) -> Path:
         f"{cases['in_process']['mean_single_p50_ms']:.2f} ms and "
         f"{cases['in_process']['mean_best_images_per_s']:.1f} images/s.",
         "",
+        *describe_parallel(cases["in_process"]),
         *table(
             ["photos per call", "median ms", "p90 ms", "images/s"],
             [
@@ -1292,6 +1363,21 @@ def write_report(report_dir: Path, results: dict) -> Path:
     return path
 
 
+def describe_parallel(in_process: dict) -> list[str]:
+    """A paragraph on the several-process measurement, when there was one."""
+    parallel = in_process.get("parallel")
+    if not parallel:
+        return []
+    return [
+        f"{parallel['processes']} handler processes at once (as many as the server's workers), "
+        f"batches of {parallel['batch_size']}: {parallel['images_per_s']:.1f} images/s, and "
+        f"{parallel['repeat_images_per_s']:.1f} right after the served case. The served "
+        f"throughput is compared with their mean, {parallel['mean_images_per_s']:.1f} "
+        "images/s, not with one process.",
+        "",
+    ]
+
+
 def describe_generator(cases: dict) -> str:
     """One paragraph on the generator's CPU use, which the server could not use."""
     levels = [lv for name in ("served", "stock") for lv in cases[name]["levels"]]
@@ -1326,14 +1412,26 @@ def run_cases(config: BenchConfig, photos: list[bytes]) -> dict:
         progress.update()
         progress.set_postfix_str("in_process")
         cases["in_process"] = bench_in_process(config, photos)
+        workers = int(read_model_config().get("minWorkers") or 1)
+        if workers > 1:
+            batch_size = max(cases["in_process"]["batches"], key=lambda r: r["images_per_s"])
+            parallel = bench_in_process_parallel(config, photos, workers, batch_size["batch_size"])
         progress.update()
         progress.set_postfix_str("served")
         cases["served"], cases["half_peak"] = bench_served(config, photos, Path(scratch), progress)
         add_repeat(cases["in_process"], bench_in_process(config, photos))
+        if workers > 1:
+            repeat = bench_in_process_parallel(config, photos, workers, batch_size["batch_size"])
+            add_parallel(cases["in_process"], workers, parallel, repeat)
         progress.set_postfix_str("stock")
         cases["stock"] = bench_stock(config, photos, Path(scratch))
         progress.update()
     return cases
+
+
+def read_model_config() -> dict:
+    """The model config that the archive packages (handler/model_config.yaml)."""
+    return yaml.safe_load(MODEL_CONFIG.read_text(encoding="utf-8"))
 
 
 def set_handler_threads() -> dict[str, int]:
@@ -1342,7 +1440,7 @@ def set_handler_threads() -> dict[str, int]:
     The defaults are what a worker that sets no threads (the stock handler's) runs with.
     """
     defaults = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
-    settings = read_handler_settings(yaml.safe_load(MODEL_CONFIG.read_text(encoding="utf-8")))
+    settings = read_handler_settings(read_model_config())
     set_torch_threads(settings["intra_op_threads"], settings["inter_op_threads"])
     return defaults
 

@@ -10,7 +10,7 @@ stock `ts.torch_handler.image_classifier.ImageClassifier`, and why:
   so the stock handler answers every request with an error.
 - The transform resizes to `resize_size`, crops `input_size` and normalises with `mean`/`std`
   from `preprocess.json` instead of 256 / 224 / the ImageNet statistics: the model was trained
-  on that input, and a 224 px crop would cost a 128 px model about three times the arithmetic,
+  on that input, and a 224 px crop would cost a 160 px model about twice the arithmetic,
   which would measure the wrong input rather than the handler. The stock transform classes
   (torchvision.transforms v1: Resize, CenterCrop, ToTensor, Normalize) are kept.
 - When captum is not installed, a stand-in `captum.attr.IntegratedGradients` is registered

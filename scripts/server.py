@@ -215,7 +215,7 @@ def pick_free_ports(count: int) -> list[int]:
 
 
 def start(server: Server | None = None, timeout: float = 120.0) -> float:
-    """Starts TorchServe in the background and waits until the model has a READY worker.
+    """Starts TorchServe in the background and waits until every worker of the model is READY.
 
     Returns:
         Seconds from the launch to READY.
@@ -294,10 +294,10 @@ def check_startable(server: Server) -> None:
 
 
 def wait_until_ready(server: Server, timeout: float = 120.0) -> None:
-    """Polls the management API until a worker of the model is READY.
+    """Polls the management API until every worker of the model is READY.
 
     Raises:
-        ServerError: the JVM exited, or no worker was READY within `timeout` seconds.
+        ServerError: the JVM exited, or the workers were not all READY within `timeout` seconds.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -307,7 +307,7 @@ def wait_until_ready(server: Server, timeout: float = 120.0) -> None:
             workers = describe(server)[0].get("workers", [])
         except (ServerError, requests.RequestException, ValueError, IndexError):
             workers = []
-        if any(worker.get("status") == "READY" for worker in workers):
+        if workers and all(worker.get("status") == "READY" for worker in workers):
             return
         time.sleep(POLL_SECONDS)
     raise ServerError(f"model {server.model_name} was not READY after {timeout:.0f} s")

@@ -49,6 +49,12 @@ def test_quick_bench_writes_a_complete_report(fixed_export: Path, tmp_path: Path
     for name, target in results["targets"].items():
         assert (target["comparison"], target["target"]) == TARGETS[name]
         assert isinstance(target["met"], bool)
+    workers = results["settings"]["model_config"]["minWorkers"]
+    if workers > 1:
+        # The served figure is compared with as many handler processes as the server has workers.
+        parallel = results["cases"]["in_process"]["parallel"]
+        assert parallel["processes"] == workers
+        assert parallel["mean_images_per_s"] > 0
     for case in ("served", "stock"):
         levels = results["cases"][case]["levels"]
         assert [level["concurrency"] for level in levels] == [1, 4]

@@ -84,6 +84,12 @@ BAD_BODIES: dict[str, tuple[bytes, int]] = {
 }
 
 
+def configured_workers() -> int:
+    """The worker count that handler/model_config.yaml asks for, which the tests keep."""
+    with open(REPO_ROOT / "handler" / "model_config.yaml", encoding="utf-8") as f:
+        return int(yaml.safe_load(f)["minWorkers"])
+
+
 @pytest.fixture(scope="module")
 def server(fixed_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running TorchServe serving the fixed-weight model; stopped even when tests fail."""
@@ -338,7 +344,9 @@ def test_management_api_describes_the_model_only_with_its_key(server: Server) ->
     (description,) = response.json()
     assert description["modelVersion"] == "fixed-colour-1"
     assert description["batchSize"] == BATCH_SIZE
-    assert [worker["status"] for worker in description["workers"]] == ["READY"]
+    assert [worker["status"] for worker in description["workers"]] == ["READY"] * (
+        configured_workers()
+    )
 
     # TorchServe 0.12 refuses a missing or wrong key with 400 InvalidKeyException.
     for headers in ({}, {"Authorization": "Bearer wrong"}, auth(server, "inference")):
@@ -399,7 +407,7 @@ def test_expired_key_is_renewed_with_the_api_key(server: Server) -> None:
 def test_status_reports_a_healthy_ready_worker(server: Server) -> None:
     healthy, answer = report_status(server)
     assert healthy
-    assert [worker["status"] for worker in answer["workers"]] == ["READY"]
+    assert [worker["status"] for worker in answer["workers"]] == ["READY"] * configured_workers()
 
 
 @pytest.mark.slow

@@ -1228,9 +1228,9 @@ def conclude_limit(levels: list[dict], peak: dict, cpu_count: int) -> str:
         )
     if worker_ms > 0:
         sentences.append(
-            f"The single worker process spent {worker_ms:.2f} ms of CPU per request, so it can "
-            f"answer at most about {1e3 / worker_ms:.0f} req/s per core it gets; it used "
-            f"{cores['server_workers']:.2f} cores at the peak."
+            f"The worker processes spent {worker_ms:.2f} ms of CPU per request, so a worker "
+            f"can answer at most about {1e3 / worker_ms:.0f} req/s per core it gets; together "
+            f"they used {cores['server_workers']:.2f} cores at the peak."
         )
     return " ".join(sentences)
 

@@ -1414,14 +1414,14 @@ def run_cases(config: BenchConfig, photos: list[bytes]) -> dict:
         cases["in_process"] = bench_in_process(config, photos)
         workers = int(read_model_config().get("minWorkers") or 1)
         if workers > 1:
-            batch_size = max(cases["in_process"]["batches"], key=lambda r: r["images_per_s"])
-            parallel = bench_in_process_parallel(config, photos, workers, batch_size["batch_size"])
+            best = max(cases["in_process"]["batches"], key=lambda row: row["images_per_s"])
+            parallel = bench_in_process_parallel(config, photos, workers, best["batch_size"])
         progress.update()
         progress.set_postfix_str("served")
         cases["served"], cases["half_peak"] = bench_served(config, photos, Path(scratch), progress)
         add_repeat(cases["in_process"], bench_in_process(config, photos))
         if workers > 1:
-            repeat = bench_in_process_parallel(config, photos, workers, batch_size["batch_size"])
+            repeat = bench_in_process_parallel(config, photos, workers, best["batch_size"])
             add_parallel(cases["in_process"], workers, parallel, repeat)
         progress.set_postfix_str("stock")
         cases["stock"] = bench_stock(config, photos, Path(scratch))

@@ -57,6 +57,26 @@ def build_model(config: ModelConfig, num_classes: int = 2) -> nn.Module:
     return model
 
 
+def check_weights_file(config: ModelConfig) -> None:
+    """Fails early when the weights to start from are missing, before any photo is read.
+
+    Raises:
+        FileNotFoundError: `init_weights` names no file, or the package of `pretrained` is absent.
+    """
+    if config.pretrained:
+        packaged_weights_path()
+    elif config.init_weights:
+        _require_weights_file(Path(config.init_weights))
+
+
+def _require_weights_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.init_weights={path} does not exist; give a local .pth state dict, e.g. "
+            "torchvision ImageNet weights downloaded elsewhere"
+        )
+
+
 def load_matching_weights(
     model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None
 ) -> None:
@@ -73,11 +93,7 @@ def load_matching_weights(
         ValueError: the file holds no state dict, or nothing in it matches the model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.init_weights={path} does not exist; give a local .pth state dict, e.g. "
-            "torchvision ImageNet weights downloaded elsewhere"
-        )
+    _require_weights_file(path)
     if state is None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

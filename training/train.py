@@ -45,7 +45,7 @@ from training.engine import (
     train_one_epoch,
 )
 from training.export import InferenceModel, export_torchscript
-from training.model import build_model
+from training.model import build_model, check_weights_file
 from training.report import write_model_card
 
 logger = logging.getLogger("training.train")
@@ -405,6 +405,7 @@ def run(config: Config) -> Path:
     checkpoint, run_dir = None, None
     if config.train.resume:
         config, run_dir, checkpoint = resume_config(config)
+    check_weights_file(config.model)
     seed_everything(config.seed, config.train.threads)
     dataset = load_dataset(config)
     if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:

@@ -209,3 +209,12 @@ def test_one_cycle_schedule_runs_for_any_number_of_steps(epochs: int, steps_per_
         scheduler.step()
         rates.append(optimizer.param_groups[0]["lr"])
     assert all(0 < rate <= 0.01 for rate in rates)
+
+
+def test_missing_weights_file_stops_before_a_run_folder_is_made(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match=r"model\.init_weights=.*nope\.pth does not exist"):
+        run_tiny(tiny_data, runs, f"model.init_weights={tmp_path / 'nope.pth'}")
+    assert not runs.exists() or not any(runs.iterdir())

@@ -447,12 +447,13 @@ def _handle_batches_after(
     results.put((batch_size * len(durations), sum(durations)))
 
 
-def add_parallel(in_process: dict, processes: int, first: float, repeat: float) -> None:
+def add_parallel(
+    in_process: dict, processes: int, batch_size: int, first: float, repeat: float
+) -> None:
     """Records the several-process throughput and makes it the figure the ratios use."""
-    best = max(in_process["batches"], key=lambda row: row["images_per_s"])
     in_process["parallel"] = {
         "processes": processes,
-        "batch_size": best["batch_size"],
+        "batch_size": batch_size,
         "images_per_s": first,
         "repeat_images_per_s": repeat,
         "mean_images_per_s": round((first + repeat) / 2, 1),
@@ -1422,7 +1423,7 @@ def run_cases(config: BenchConfig, photos: list[bytes]) -> dict:
         add_repeat(cases["in_process"], bench_in_process(config, photos))
         if workers > 1:
             repeat = bench_in_process_parallel(config, photos, workers, best["batch_size"])
-            add_parallel(cases["in_process"], workers, parallel, repeat)
+            add_parallel(cases["in_process"], workers, best["batch_size"], parallel, repeat)
         progress.set_postfix_str("stock")
         cases["stock"] = bench_stock(config, photos, Path(scratch))
         progress.update()

@@ -51,7 +51,8 @@ def build_model(config: ModelConfig, num_classes: int = 2) -> nn.Module:
     else:
         model = torchvision.models.resnet18(num_classes=num_classes)
     if config.pretrained:
-        load_matching_weights(model, packaged_weights_path(), packaged_state_dict())
+        path = packaged_weights_path()
+        load_matching_weights(model, path, packaged_state_dict(path))
     elif config.init_weights:
         load_matching_weights(model, config.init_weights)
     return model

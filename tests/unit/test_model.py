@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,8 @@ from training.efficientnet_lite import SamePadConv2d, packaged_state_dict
 from training.export import InferenceModel
 from training.model import build_model, load_matching_weights
 
-ARCHS = [
-    "smokenet",
-    "efficientnet_lite0",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "resnet18",
-    "efficientnet_b0",
-]
+# Every architecture the config accepts, so that a new one cannot go untested.
+ARCHS = list(typing.get_args(typing.get_type_hints(ModelConfig)["arch"]))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -45,6 +45,7 @@ from handler.preprocessing import (
     decode_image,
 )
 from handler.torchscript import load_torchscript
+from handler.worker_process import prepare_worker_process
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class SmokeHandler(BaseHandler):
             max_workers=settings["decode_threads"], thread_name_prefix="smoke-decode"
         )
         self._warm_up()
+        prepare_worker_process()
         self.initialized = True
         logger.info(
             "Loaded %s version %s from %s on %s in %.2f s: input %dx%d, classes %s, "

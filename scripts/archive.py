@@ -4,9 +4,9 @@
 
 The archive holds the run's TorchScript model (`export/model.pt`), `index_to_name.json`,
 `preprocess.json`, our handler `handler/smoke_handler.py` with the `handler` package it imports
-(`preprocessing.py`, `torchscript.py`), and the model config `handler/model_config.yaml`. Its
-version is the `model_version` of `preprocess.json`. An existing archive of the same name is
-replaced. It does not train or export: `make train` does that.
+(`preprocessing.py`, `torchscript.py`, `worker_process.py`), and the model config
+`handler/model_config.yaml`. Its version is the `model_version` of `preprocess.json`. An
+existing archive of the same name is replaced. It does not train or export: `make train` does that.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ HANDLER_DIR = REPO_ROOT / "handler"
 HANDLER_FILE = HANDLER_DIR / "smoke_handler.py"
 MODEL_CONFIG = HANDLER_DIR / "model_config.yaml"
 # The part of the `handler` package that the handler imports inside the worker.
-HANDLER_PACKAGE_FILES = ("__init__.py", "preprocessing.py", "torchscript.py")
+HANDLER_PACKAGE_FILES = ("__init__.py", "preprocessing.py", "torchscript.py", "worker_process.py")
 EXPORT_FILES = ("model.pt", "index_to_name.json", "preprocess.json")
 
 

@@ -178,7 +178,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         level_seconds=10.0,
         warmup_seconds=1.5,
         server_warmup_seconds=15.0,
-        half_peak_seconds=20.0,
+        half_peak_seconds=40.0,
     )
 
 

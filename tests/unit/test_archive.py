@@ -39,6 +39,7 @@ def test_archive_holds_model_handler_package_and_config(run_dir: Path, tmp_path:
         "handler/__init__.py",
         "handler/preprocessing.py",
         "handler/torchscript.py",
+        "handler/worker_process.py",
         "index_to_name.json",
         "preprocess.json",
         "model_config.yaml",

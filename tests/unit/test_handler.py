@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
 import io
 import json
 import logging
@@ -202,6 +203,19 @@ def test_initialize_loads_the_export_and_logs_once(
     records = [r for r in caplog.records if r.name == "handler.smoke_handler"]
     assert [r.levelno for r in records if r.levelno >= logging.INFO] == [logging.INFO]
     assert "fixed-colour-1" in records[0].getMessage()
+
+
+def test_initialize_freezes_start_up_objects_and_quietens_the_batch_notice(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert gc.get_freeze_count() > 100_000  # torch, TorchServe and the model
+
+    with caplog.at_level(logging.INFO):
+        start_batch(served, [raw(encode_photo(RED))])  # TorchServe logs its notice here
+        logging.getLogger().info("Another line on the root logger")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Another line on the root logger" in messages
+    assert not [m for m in messages if m.startswith("Backend received inference")]
 
 
 @pytest.mark.parametrize(

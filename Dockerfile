@@ -76,12 +76,12 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
 # kernel drops signals PID 1 has no handler for), so docker stop would wait 10 s and SIGKILL.
 # The JVM as PID 1 handles SIGTERM itself and runs TorchServe's shutdown hook, which closes the
 # listeners; it also reaps the Python workers it starts, so no init process is needed.
-# Like the launcher, it passes the vmargs of config.properties (the logging configuration);
+# Like the launcher, it passes the vmargs of config.properties (logging, C1 compiler only);
 # the launcher would add -Djava.io.tmpdir only with TEMP set. It would also write a pid file to
 # /tmp, which `torchserve --stop` and `scripts.server stop` read and nothing in the container
 # needs: stop the container instead.
 CMD ["java", "-Dmodel_server_home=/opt/venv/lib/python3.11/site-packages", \
-     "-Dlog4j.configurationFile=log4j2.xml", \
+     "-Dlog4j.configurationFile=log4j2.xml", "-XX:TieredStopAtLevel=1", \
      "-cp", ".:/opt/venv/lib/python3.11/site-packages/ts/frontend/*", \
      "org.pytorch.serve.ModelServer", "--python", "/opt/venv/bin/python", \
      "-f", "config.properties", "-s", "model_store", "-ncs", "-m", "smoke.mar"]

@@ -77,6 +77,7 @@ from scripts.server import (
     Server,
     ServerError,
     describe,
+    find_jvm,
     read_keys,
     read_server_pid,
     serve_archive,
@@ -552,7 +553,18 @@ def describe_served(server: Server) -> dict:
         "max_batch_delay_ms": model.get("maxBatchDelay"),
         "min_workers": model.get("minWorkers"),
         "max_workers": model.get("maxWorkers"),
+        "jvm_options": read_jvm_options(server),
     }
+
+
+def read_jvm_options(server: Server) -> list[str]:
+    """The -X options the frontend JVM runs with (config.properties' vmargs); [] for defaults."""
+    jvm = find_jvm(server)
+    if jvm is None:
+        return []
+    with contextlib.suppress(psutil.Error):
+        return [arg for arg in jvm.cmdline() if arg.startswith("-X")]
+    return []
 
 
 # ---------------------------------------------------------------- load generators
@@ -1250,7 +1262,8 @@ def describe_log_volume(logs: dict) -> str:
 def describe_server_settings(settings: dict) -> str:
     return (
         f"{settings['workers']} worker(s), batches of up to {settings['batch_size']} with a "
-        f"{settings['max_batch_delay_ms']} ms batch delay"
+        f"{settings['max_batch_delay_ms']} ms batch delay; JVM options: "
+        f"{' '.join(settings.get('jvm_options') or []) or 'none'}"
     )
 
 

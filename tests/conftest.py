@@ -42,6 +42,15 @@ class ColourNet(nn.Module):
         return self.linear(self.pool(x).flatten(1))
 
 
+def read_vmargs(properties: Path) -> list[str]:
+    """The JVM options of a config.properties, split on spaces as TorchServe's launcher does."""
+    for line in properties.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "vmargs":
+            return value.split()
+    return []
+
+
 def fixed_spec(**overrides: object) -> PreprocessSpec:
     values: dict[str, object] = {
         "input_size": FIXED_INPUT_SIZE,

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from scripts.bench import CASES, TARGETS
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, read_vmargs
 
 
 @pytest.mark.slow
@@ -59,6 +59,12 @@ def test_quick_bench_writes_a_complete_report(fixed_export: Path, tmp_path: Path
         levels = results["cases"][case]["levels"]
         assert [level["concurrency"] for level in levels] == [1, 4]
         assert all(level["requests"] > 0 and level["errors"] == 0 for level in levels), case
+    # Our server's JVM runs with the options of config.properties, the stock one with none.
+    vmargs = read_vmargs(REPO_ROOT / "config.properties")
+    assert results["cases"]["served"]["server"]["jvm_options"] == [
+        arg for arg in vmargs if arg.startswith("-X")
+    ]
+    assert results["cases"]["stock"]["server"]["jvm_options"] == []
 
     report = (report_dir / "report.md").read_text(encoding="utf-8")
     for name in TARGETS:

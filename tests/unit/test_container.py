@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO_ROOT, read_vmargs
 
 
 def read_cmd(dockerfile: Path) -> list[str]:
@@ -18,15 +18,6 @@ def read_cmd(dockerfile: Path) -> list[str]:
         if line.rstrip().endswith("]"):
             break
     return json.loads(text.removeprefix("CMD"))
-
-
-def read_vmargs(properties: Path) -> list[str]:
-    """The JVM options of config.properties, split on spaces as TorchServe's launcher does."""
-    for line in properties.read_text(encoding="utf-8").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "vmargs":
-            return value.split()
-    return []
 
 
 def test_image_passes_the_jvm_options_of_config_properties() -> None:

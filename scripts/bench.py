@@ -5,7 +5,8 @@
 
 One command, one model, one set of photos, one case after another on the same machine:
 
-1. model: the TorchScript forward pass alone, batches of 1 to 16, with the handler's threads.
+1. model: the TorchScript forward pass alone, batches of 1 to 16, with the handler's threads
+   (a batch cut into slices on its forward threads, as the handler does).
 2. in_process: `SmokeHandler.handle` in this process (decode, preprocess, forward, answer), one
    photo at a time and in batches of 1 to 16 photos; measured again right after case 3, since
    the same code on the same cores runs up to a third faster or slower from one minute to the
@@ -70,7 +71,8 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.preprocessing import PreprocessSpec
 from handler.smoke_handler import SmokeHandler, read_handler_settings, set_torch_threads
-from handler.torchscript import load_torchscript
+from handler.torchscript import SplitForward, load_torchscript
+from handler.worker_process import keep_freed_memory
 from loadtest import load_photos, new_report_dir, point_latest
 from scripts.archive import MODEL_CONFIG, ArchiveError, build_archive, find_export
 from scripts.server import (
@@ -306,28 +308,35 @@ def summarize_ms(durations: Sequence[float], percentiles: Sequence[int] = (50, 9
 
 
 def bench_model(config: BenchConfig, spec: PreprocessSpec) -> dict:
-    """The forward pass alone, per batch size: latency per batch and images per second."""
+    """The forward pass alone, per batch size: latency per batch and images per second.
+
+    It runs as the handler runs it: with the handler's torch threads, and a batch cut into as
+    many slices as the model config has forward threads.
+    """
     model = load_torchscript(config.export_dir / "model.pt")
+    forward_threads = read_handler_settings(read_model_config())["forward_threads"]
+    forward = SplitForward(model, forward_threads)
     rows = []
-    with torch.inference_mode():
-        for batch_size in BATCH_SIZES:
-            batch = torch.randn(batch_size, 3, spec.input_size, spec.input_size)  # (B, 3, S, S)
-            for _ in range(3):
-                model(batch)
-            durations = time_calls(lambda b=batch: model(b), config.model_seconds)
-            rows.append(
-                {
-                    "batch_size": batch_size,
-                    "calls": len(durations),
-                    **summarize_ms(durations, (50, 90)),
-                    "images_per_s": round(batch_size * len(durations) / sum(durations), 1),
-                }
-            )
-            logger.debug("model batch %d: %s", batch_size, rows[-1])
+    for batch_size in BATCH_SIZES:
+        batch = torch.randn(batch_size, 3, spec.input_size, spec.input_size)  # (B, 3, S, S)
+        for _ in range(3):
+            forward(batch)
+        durations = time_calls(lambda b=batch: forward(b), config.model_seconds)
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "calls": len(durations),
+                **summarize_ms(durations, (50, 90)),
+                "images_per_s": round(batch_size * len(durations) / sum(durations), 1),
+            }
+        )
+        logger.debug("model batch %d: %s", batch_size, rows[-1])
+    forward.close()
     return {
         "torch_threads": {
             "intra_op": torch.get_num_threads(),
             "inter_op": torch.get_num_interop_threads(),
+            "forward": forward_threads,
         },
         "batches": rows,
         "best_images_per_s": max(row["images_per_s"] for row in rows),
@@ -390,7 +399,7 @@ def bench_in_process(config: BenchConfig, photos: list[bytes]) -> dict:
                 "images_per_s": round(batch_size * len(durations) / sum(durations), 1),
             }
         )
-    handler.decode_pool.shutdown()
+    handler.close()
     return {
         "single": {"calls": len(single), **summarize_ms(single)},
         "single_images_per_s": round(len(single) / sum(single), 1),
@@ -444,7 +453,7 @@ def _handle_batches_after(
     time_calls(lambda: handle_batch(handler, context, batch), seconds=0.5)
     start.wait(timeout=120)
     durations = time_calls(lambda: handle_batch(handler, context, batch), seconds)
-    handler.decode_pool.shutdown()
+    handler.close()
     results.put((batch_size * len(durations), sum(durations)))
 
 
@@ -1184,10 +1193,10 @@ def describe_worker_time(peak: dict, model: dict) -> str:
         return ""
     return (
         f"Inside the worker a photo took {metrics['preprocess_ms_per_image']:.2f} ms to decode "
-        f"and preprocess and {metrics['inference_ms_per_image']:.2f} ms of forward pass, in "
-        f"batches of {metrics['mean_batch_size']:.1f} on average; the forward pass alone "
-        f"(case 1) needs {1e3 / model['best_images_per_s']:.2f} ms per image at its best batch "
-        "size."
+        f"and preprocess and {metrics['inference_ms_per_image']:.2f} ms of forward pass (wall "
+        f"time of a batch over its photos), in batches of {metrics['mean_batch_size']:.1f} on "
+        f"average; the forward pass alone (case 1) needs {1e3 / model['best_images_per_s']:.2f} "
+        "ms per image at its best batch size."
     )
 
 
@@ -1288,7 +1297,8 @@ def write_report(report_dir: Path, results: dict) -> Path:
         "## 1. The model alone (TorchScript forward pass)",
         "",
         f"Torch threads: {cases['model']['torch_threads']['intra_op']} intra-op, "
-        f"{cases['model']['torch_threads']['inter_op']} inter-op (those of the handler).",
+        f"{cases['model']['torch_threads']['inter_op']} inter-op, a batch cut into slices on "
+        f"{cases['model']['torch_threads']['forward']} forward thread(s) (as in the handler).",
         "",
         *table(
             ["batch", "median ms", "p90 ms", "images/s"],
@@ -1322,7 +1332,8 @@ def write_report(report_dir: Path, results: dict) -> Path:
         f"Server: {describe_server_settings(cases['served']['server'])}; handler threads from "
         f"the model config: {settings['threads']['intra_op_threads']} intra-op, "
         f"{settings['threads']['inter_op_threads']} inter-op, "
-        f"{settings['threads']['decode_threads']} decode.",
+        f"{settings['threads']['decode_threads']} decode, "
+        f"{settings['threads']['forward_threads']} forward.",
         "",
         *served_table(cases["served"]["levels"]),
         "## 4. Stock: TorchServe's image classifier on the same model",
@@ -1465,6 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(args)
         torch_defaults = set_handler_threads()
+        keep_freed_memory()  # as the handler makes every worker do
         photos, photo_source = load_photos(config.photo_root, PHOTOS)
         settings = describe_settings(config, photo_source, photos, torch_defaults)
         cases = run_cases(config, photos)

@@ -466,6 +466,7 @@ def test_handler_settings_are_validated() -> None:
         read_handler_settings({"handler": {"profile": True, "decode_threads": 4}})["decode_threads"]
         == 4
     )
+    assert read_handler_settings({"handler": {"forward_threads": 2}})["forward_threads"] == 2
     with pytest.raises(ValueError, match="unknown handler settings"):
         read_handler_settings({"handler": {"threads": 2}})
     with pytest.raises(ValueError, match="positive integer"):

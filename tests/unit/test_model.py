@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import typing
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import torchvision
 
 from handler.preprocessing import PreprocessSpec, build_eval_transform, decode_image
-from handler.torchscript import load_torchscript, quiet_torchscript
+from handler.torchscript import SplitForward, load_torchscript, quiet_torchscript
 from training.config import ModelConfig
 from training.efficientnet_lite import SamePadConv2d, packaged_state_dict
 from training.export import InferenceModel
@@ -97,6 +98,29 @@ def test_torchscript_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
         torch.jit.save(torch.jit.freeze(torch.jit.script(model)), str(tmp_path / "m.pt"))
     with torch.inference_mode():
         assert torch.allclose(load_torchscript(tmp_path / "m.pt")(batch), model(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_a_batch_cut_into_slices_gets_the_logits_of_the_whole_batch(
+    tmp_path: Path, parts: int
+) -> None:
+    model = build_model(ModelConfig(width=8, input_size=48, resize_size=48)).eval()
+    with quiet_torchscript():
+        torch.jit.save(torch.jit.freeze(torch.jit.script(model)), str(tmp_path / "m.pt"))
+    scripted = load_torchscript(tmp_path / "m.pt")
+    forward = SplitForward(scripted, parts)
+    try:
+        for size in range(1, 6):
+            batch = torch.randn(size, 3, 48, 48)
+            with torch.inference_mode():
+                whole = scripted(batch)
+            sliced = forward(batch)
+            assert sliced.shape == (size, 2)
+            assert torch.allclose(sliced, whole, atol=1e-5), size
+        names = {thread.name for thread in threading.enumerate()}
+        assert any(name.startswith("smoke-forward") for name in names)
+    finally:
+        forward.close()
 
 
 def test_packaged_imagenet_weights_fill_every_tensor_of_efficientnet_lite0_but_the_head() -> None:

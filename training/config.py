@@ -182,7 +182,8 @@ class TrainConfig:
     0.1 at each of `step_milestones`) or `constant`. `ema_decay` > 0 keeps an exponential moving
     average of the weights, which is then the model that is evaluated and exported.
     `precision: bf16` trains under bfloat16 autocast, about 1.5x faster on CPUs with AVX-512
-    BF16 or AMX; evaluation and export always run in float32.
+    BF16 or AMX; on CPUs that would only emulate bfloat16 (AVX2 and older) the run trains in
+    fp32 instead and says so. Evaluation and export always run in float32.
     """
 
     epochs: int = 20

@@ -26,6 +26,17 @@ class EpochStats:
     seconds: float
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX-512 and newer on x86).
+
+    Without that, bfloat16 autocast is emulated: on a 2-core AVX2 machine an epoch of the real
+    recipe took 494 s in bf16 against 44 s in float32. PyTorch exposes the check only as
+    a private op, so a build without it counts as having no fast path.
+    """
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, without weight decay on biases and normalisation weights."""
     decay, no_decay = [], []

@@ -41,6 +41,7 @@ from training.engine import (
     build_optimizer,
     classification_metrics,
     confusion_matrix,
+    cpu_has_fast_bf16,
     predict_logits,
     train_one_epoch,
 )
@@ -100,6 +101,20 @@ def seed_everything(seed: int, threads: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+
+
+def choose_precision(config: Config) -> Config:
+    """Falls back from bf16 to fp32 training on CPUs that would only emulate bfloat16.
+
+    The resolved config that the run records then says fp32, which is what was trained.
+    """
+    if config.train.precision != "bf16" or cpu_has_fast_bf16():
+        return config
+    logger.warning(
+        "train.precision=bf16 asked for, but this CPU has no native bfloat16 support and would "
+        "train some ten times slower: training in fp32 instead"
+    )
+    return replace(config, train=replace(config.train, precision="fp32"))
 
 
 def preprocess_spec(config: Config, **extra: Any) -> PreprocessSpec:
@@ -406,6 +421,7 @@ def run(config: Config) -> Path:
     if config.train.resume:
         config, run_dir, checkpoint = resume_config(config)
     check_weights_file(config.model)
+    config = choose_precision(config)
     seed_everything(config.seed, config.train.threads)
     dataset = load_dataset(config)
     if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:

@@ -218,3 +218,33 @@ def test_missing_weights_file_stops_before_a_run_folder_is_made(
     with pytest.raises(FileNotFoundError, match=r"model\.init_weights=.*nope\.pth does not exist"):
         run_tiny(tiny_data, runs, f"model.init_weights={tmp_path / 'nope.pth'}")
     assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("asked", "fast_bf16", "trained"),
+    [
+        ("bf16", True, "bf16"),
+        ("bf16", False, "fp32"),
+        ("fp32", True, "fp32"),
+        ("fp32", False, "fp32"),
+    ],
+)
+def test_bf16_is_used_only_where_the_cpu_runs_it_natively(
+    asked: str, fast_bf16: bool, trained: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: fast_bf16)
+    config = train.load_config("tiny", [f"train.precision={asked}"])
+    assert train.choose_precision(config).train.precision == trained
+
+
+def test_a_run_records_the_precision_it_fell_back_to(
+    tiny_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        run_dir = run_tiny(tiny_data, tmp_path, "train.epochs=1", "train.precision=bf16")
+    assert "no native bfloat16" in caplog.text
+    assert "precision: fp32" in (run_dir / "config.yaml").read_text()
